@@ -1,0 +1,1 @@
+"""Tests of the engine_assets code location."""
