@@ -55,7 +55,9 @@ def summary_table(summary: dict) -> str:
     for row in rows:
         lines.append("  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip())
     counts = summary.get("counts", {})
-    totals = ", ".join(f"{count} {status}" for status, count in counts.items() if count)
+    order = ["succeeded", "skipped", "failed", "timed_out"]
+    statuses = order + sorted(set(counts) - set(order))
+    totals = ", ".join(f"{counts[status]} {status}" for status in statuses if counts.get(status))
     lines.append("")
     lines.append(f"{len(rows)} coins: {totals or 'none'}")
     return "\n".join(lines)

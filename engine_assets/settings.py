@@ -86,6 +86,7 @@ class EngineSettings:
     s3_bucket: str = ""
     s3_prefix: str = ""
     dropbox_root: str = "/engine"
+    encoder_epochs: int = 6
 
     @property
     def dagster_home(self) -> Path:
@@ -133,6 +134,7 @@ class EngineSettings:
             s3_bucket=env.get("ENGINE_S3_BUCKET", "").strip(),
             s3_prefix=env.get("ENGINE_S3_PREFIX", "").strip().strip("/"),
             dropbox_root=env.get("ENGINE_DROPBOX_ROOT", "").strip() or "/engine",
+            encoder_epochs=_int(env, "ENGINE_ENCODER_EPOCHS", 6, 1),
         )
 
     def with_overrides(self, **changes) -> "EngineSettings":

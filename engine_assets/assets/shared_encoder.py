@@ -6,12 +6,19 @@ from pydantic import Field
 from engine_assets.assets.common import FORCE_TAG, run_day, thread_budget
 from engine_assets.assets.candles import candles
 from engine_assets.resources import EngineResource
+from engine_assets.settings import EngineSettings
+
+_settings = EngineSettings.from_env()
 
 
 class SharedEncoderConfig(dg.Config):
     """Launchpad settings of the encoder's training."""
 
-    epochs: int = Field(default=6, ge=1, description="Training epochs over every coin's training windows.")
+    epochs: int = Field(
+        default=_settings.encoder_epochs,
+        ge=1,
+        description="Training epochs over every coin's training windows (default: ENGINE_ENCODER_EPOCHS or 6).",
+    )
     window: int = Field(default=48, ge=4, description="Candles per input window, ending at the embedded candle.")
     embedding_dim: int = Field(default=8, ge=1, description="Size of the embedding passed to the heads.")
     max_samples_per_coin: int = Field(
