@@ -100,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         from engine_assets.storage.verify import verify_store
 
         report = verify_store(build_store(settings))
-        for problem in report.problems:
-            print(problem)
-        print(f"checked {report.folders_checked} folders: {'ok' if report.ok else f'{len(report.problems)} problems'}")
+        print(report.render())
         return 0 if report.ok else 1
     if args.command == "download-data":
         from engine_assets.data.download.cli import run_download
