@@ -8,13 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-DAEMON_START_TIMEOUT_SECONDS = 120
 
 
 def _pid_alive(pid: int) -> bool:
@@ -72,16 +70,35 @@ def _daemon_command(home: Path) -> list[str]:
     return prefix + ["run", "--workspace", str(workspace)]
 
 
+class DaemonHandle:
+    """The daemon serving this command: ``check()`` raises once a daemon this command started has exited."""
+
+    def __init__(self, process: subprocess.Popen | None, log_path: Path):
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def started_here(self) -> bool:
+        return self.process is not None
+
+    def check(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(
+                f"the Dagster daemon exited with status {self.process.returncode}; see {self.log_path}"
+            )
+
+
 @contextlib.contextmanager
-def running_daemon(instance, home: Path, log_path: Path) -> Iterator[bool]:
+def running_daemon(instance, home: Path, log_path: Path) -> Iterator[DaemonHandle]:
     """Ensure a daemon runs for the block; stop it afterwards if this call started it.
 
-    Yields whether this call started the daemon.
+    The block starts at once: queued runs wait in the queue until the daemon
+    is up, so loading the code location and creating runs overlap its start.
     """
     pid_file = home / "daemon.pid"
     if daemon_running(instance, pid_file):
         logger.info("using the Dagster daemon already running for %s", home)
-        yield False
+        yield DaemonHandle(None, log_path)
         return
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_stream:
@@ -94,19 +111,7 @@ def running_daemon(instance, home: Path, log_path: Path) -> Iterator[bool]:
         )
     pid_file.write_text(str(process.pid))
     try:
-        deadline = time.monotonic() + DAEMON_START_TIMEOUT_SECONDS
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"the Dagster daemon exited with status {process.returncode} at start; see {log_path}"
-                )
-            heartbeats = instance.get_daemon_heartbeats()
-            if "QUEUED_RUN_COORDINATOR" in heartbeats and heartbeats["QUEUED_RUN_COORDINATOR"].timestamp > time.time() - 60:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the Dagster daemon did not start within {DAEMON_START_TIMEOUT_SECONDS} s; see {log_path}")
-            time.sleep(0.5)
-        yield True
+        yield DaemonHandle(process, log_path)
     finally:
         stop_process_group(process)
         pid_file.unlink(missing_ok=True)

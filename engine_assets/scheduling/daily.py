@@ -18,7 +18,14 @@ from engine_assets.assets.common import DAY_TAG, FORCE_TAG, THREADS_TAG
 from engine_assets.console import Console, summary_table
 from engine_assets.scheduling.daemon import running_daemon
 from engine_assets.scheduling.instance import check_instance_config, write_instance_config
-from engine_assets.scheduling.launcher import WatchedRun, open_workspace, run_failure_message, submit_job_run, watch_runs
+from engine_assets.scheduling.launcher import (
+    WatchedRun,
+    create_job_run,
+    open_workspace,
+    run_failure_message,
+    submit_job_run,
+    watch_runs,
+)
 from engine_assets.scheduling.ledger import DONE_STATUSES, Ledger, day_key, iso_now
 from engine_assets.scheduling.modes import plan_concurrency
 from engine_assets.settings import EngineSettings
@@ -90,17 +97,26 @@ def run_daily(settings: EngineSettings, options: DailyOptions, console: Console 
     base_tags = {DAY_TAG: day}
     if options.force:
         base_tags[FORCE_TAG] = "true"
-    with running_daemon(instance, settings.home, settings.home / "logs" / "daemon.log") as started:
-        console.line("started the Dagster daemon" if started else "using the running Dagster daemon")
+    with running_daemon(instance, settings.home, settings.home / "logs" / "daemon.log") as daemon:
+        console.line("starting the Dagster daemon" if daemon.started_here else "using the running Dagster daemon")
         with open_workspace(instance) as workspace:
-            encoder_ok = _run_encoder(instance, workspace, ledger, base_tags, options.force, console)
-            if encoder_ok:
-                _run_coins(instance, workspace, ledger, to_train, {**base_tags, THREADS_TAG: str(threads)}, console)
+            encoder_run = _start_encoder(instance, workspace, ledger, base_tags, options.force, console)
+            # Coin runs are created while the encoder trains and queued once it has succeeded,
+            # so creating them (an execution plan each) costs no wall time of its own.
+            coin_tags = {**base_tags, THREADS_TAG: str(threads)}
+            created = {
+                symbol: create_job_run(instance, workspace, "coin_job", tags={**coin_tags, "dagster/partition": symbol})
+                for symbol in to_train
+            }
+            if _finish_encoder(instance, ledger, encoder_run, console, daemon.check):
+                _run_coins(instance, workspace, ledger, created, console, daemon.check)
             else:
+                for run_id in created.values():
+                    instance.delete_run(run_id)
                 reason = ledger.read().get("encoder", {}).get("error") or "the shared encoder failed"
                 for symbol in to_train:
                     ledger.finish_coin(symbol, "failed", reason=f"encoder failed: {reason}", error=reason)
-            _run_publish(instance, workspace, base_tags, console)
+            _run_publish(instance, workspace, base_tags, console, daemon.check)
 
     summary = read_summary(store, day)
     if summary:
@@ -121,36 +137,43 @@ def _exit_status(document: dict, symbols: list[str]) -> int:
     return 1 if bad else 0
 
 
-def _run_encoder(instance, workspace, ledger, tags, force, console) -> bool:
+def _start_encoder(instance, workspace, ledger, tags, force, console) -> WatchedRun | None:
+    """Queue the encoder run, or return None when today's encoder already succeeded."""
     entry = ledger.read().get("encoder", {})
     if entry.get("status") == "succeeded" and not force:
         console.line(f"encoder: today's {entry.get('path')} already succeeded")
-        return True
+        return None
     run_id = submit_job_run(instance, workspace, "encoder_job", tags=tags)
     console.line(f"encoder: run {run_id[:8]} queued")
-    run = WatchedRun(run_id=run_id, label="encoder", submitted_at=time.monotonic())
+    return WatchedRun(run_id=run_id, label="encoder", submitted_at=time.monotonic())
+
+
+def _finish_encoder(instance, ledger, run: WatchedRun | None, console, health_check) -> bool:
+    """Wait for the encoder run; return whether coins can train."""
+    if run is None:
+        return True
 
     def changed(watched: WatchedRun) -> None:
         if watched.status == DagsterRunStatus.STARTED:
             console.line("encoder: training")
 
-    watch_runs(instance, [run], changed)
+    watch_runs(instance, [run], changed, health_check=health_check)
     entry = ledger.read().get("encoder", {})
     if run.status == DagsterRunStatus.SUCCESS:
         resumed = entry.get("resumed_from_epoch")
         note = f", resumed from epoch {resumed}" if resumed is not None else ""
         console.line(f"encoder: {entry.get('path')} ready ({entry.get('epochs', '?')} epochs{note})")
         return True
-    message = run_failure_message(instance, run_id)
+    message = run_failure_message(instance, run.run_id)
     ledger.update_encoder(status="failed", error=entry.get("error") or message)
     console.line(f"encoder: FAILED: {message}")
     return False
 
 
-def _run_coins(instance, workspace, ledger, symbols, tags, console) -> None:
+def _run_coins(instance, workspace, ledger, created: dict[str, str], console, health_check) -> None:
     runs = []
-    for symbol in symbols:
-        run_id = submit_job_run(instance, workspace, "coin_job", tags={**tags, "dagster/partition": symbol})
+    for symbol, run_id in created.items():
+        instance.submit_run(run_id, workspace)
         runs.append(WatchedRun(run_id=run_id, label=symbol, submitted_at=time.monotonic()))
     console.line(f"queued {len(runs)} coin runs")
     finished = 0
@@ -169,10 +192,10 @@ def _run_coins(instance, workspace, ledger, symbols, tags, console) -> None:
             message = run_failure_message(instance, watched.run_id)
             status = "timed_out" if "max runtime" in message.lower() or "timed out" in message.lower() else "failed"
             entry = ledger.finish_coin(watched.label, status, error=message, reason=message)
-        took = (watched.ended_at - (watched.started_at or watched.submitted_at))
+        took = watched.ended_at - (watched.started_at or watched.submitted_at)
         console.line(f"[{finished:>3}/{len(runs)}] {watched.label}: {_describe(entry)} ({took:.1f}s)")
 
-    watch_runs(instance, runs, changed)
+    watch_runs(instance, runs, changed, health_check=health_check)
 
 
 def _describe(entry: dict) -> str:
@@ -186,10 +209,10 @@ def _describe(entry: dict) -> str:
     return f"{status}: {entry.get('reason') or entry.get('error') or ''}"
 
 
-def _run_publish(instance, workspace, tags, console) -> None:
+def _run_publish(instance, workspace, tags, console, health_check) -> None:
     run_id = submit_job_run(instance, workspace, "publish_job", tags=tags)
     run = WatchedRun(run_id=run_id, label="reports", submitted_at=time.monotonic())
-    watch_runs(instance, [run])
+    watch_runs(instance, [run], health_check=health_check)
     if run.status == DagsterRunStatus.SUCCESS:
         console.line("roster and summary published")
     else:

@@ -60,6 +60,19 @@ def submit_job_run(
     run_config: Mapping | None = None,
 ) -> str:
     """Create a run of ``job_name`` and put it on the queue; returns its run id."""
+    run_id = create_job_run(instance, workspace, job_name, tags, run_config)
+    instance.submit_run(run_id, workspace)
+    return run_id
+
+
+def create_job_run(
+    instance,
+    workspace,
+    job_name: str,
+    tags: Mapping[str, str] | None = None,
+    run_config: Mapping | None = None,
+) -> str:
+    """Create a run of ``job_name`` without queueing it (``instance.submit_run`` queues it later)."""
     from dagster._core.definitions.selector import JobSubsetSelector
 
     location = workspace.get_code_location(LOCATION_NAME)
@@ -92,7 +105,6 @@ def submit_job_run(
         asset_check_selection=None,
         asset_graph=repository.asset_graph,
     )
-    instance.submit_run(run.run_id, workspace)
     return run.run_id
 
 
@@ -101,10 +113,17 @@ def watch_runs(
     runs: list[WatchedRun],
     on_change: Callable[[WatchedRun], None] | None = None,
     poll_seconds: float = 0.5,
+    health_check: Callable[[], None] | None = None,
 ) -> list[WatchedRun]:
-    """Poll until every run has ended, calling ``on_change`` on each status change."""
+    """Poll until every run has ended, calling ``on_change`` on each status change.
+
+    ``health_check`` runs on every poll and may raise, for example when the
+    daemon that would start the queued runs has exited.
+    """
     pending = {run.run_id: run for run in runs}
     while pending:
+        if health_check:
+            health_check()
         records = instance.get_runs(filters=_filter(list(pending)))
         for record in records:
             watched = pending.get(record.run_id)

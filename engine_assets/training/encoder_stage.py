@@ -95,8 +95,10 @@ def train_shared_encoder(
 
     now = now or dt.datetime.now(dt.timezone.utc)
     say = progress or (lambda message: logger.info("%s", message))
+    load_started = time.monotonic()
     symbols = discover_universe(settings.data_dir, settings.timeframe, settings.symbols)
     grids, skipped = load_universe_grids(settings, symbols)
+    load_seconds = time.monotonic() - load_started
     if not grids:
         raise RuntimeError(f"no coin in {settings.data_dir} has usable {settings.timeframe} candles: {skipped}")
 
@@ -163,6 +165,7 @@ def train_shared_encoder(
         "samples_validation": result.samples_validation,
         "resumed_from_epoch": result.resumed_from_epoch,
         "duration_seconds": round(time.monotonic() - started, 3),
+        "load_seconds": round(load_seconds, 3),
         "trained_at": now.isoformat(timespec="seconds"),
     }
     files["history.json"] = json.dumps(result.history, indent=2).encode()
