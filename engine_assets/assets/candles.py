@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from engine_assets.assets.common import failures_recorded, run_day
+from engine_assets.assets.common import begin_coin_step, failures_recorded, run_day
 from engine_assets.partitions import coin_partitions
 from engine_assets.resources import EngineResource
 
@@ -22,10 +22,8 @@ def candles(context: dg.AssetExecutionContext, engine: EngineResource) -> dg.Mat
     symbol = context.partition_key
     settings = engine.settings
     ledger = engine.ledger(run_day(context))
-    previous = ledger.read().get("coins", {}).get(symbol, {})
-    attempt = int(previous.get("attempts", 0)) + 1
-    ledger.start_coin_attempt(symbol, context.run_id, attempt)
-    with failures_recorded(ledger, symbol, attempt):
+    begin_coin_step(context, ledger)
+    with failures_recorded(ledger, symbol):
         try:
             frame, report = load_symbol_candles(settings.data_dir, symbol, settings.timeframe)
         except (CandleFileError, CandleDataError, FileNotFoundError) as error:

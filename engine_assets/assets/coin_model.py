@@ -3,7 +3,8 @@
 import dagster as dg
 import pandas as pd
 
-from engine_assets.assets.common import failures_recorded, run_day, thread_budget
+from engine_assets.assets.common import begin_coin_step, failures_recorded, run_day, thread_budget
+from engine_assets.scheduling import failpoints
 from engine_assets.partitions import coin_partitions
 from engine_assets.resources import EngineResource
 from engine_assets.settings import EngineSettings
@@ -36,10 +37,9 @@ def coin_model(
     symbol = context.partition_key
     settings = engine.settings
     ledger = engine.ledger(run_day(context))
-    attempt = int(ledger.read().get("coins", {}).get(symbol, {}).get("attempts", 1)) + context.retry_number
-    if context.retry_number:
-        ledger.update_coin(symbol, status="running", attempts=attempt, error=None)
-    with failures_recorded(ledger, symbol, attempt):
+    attempt = begin_coin_step(context, ledger)
+    with failures_recorded(ledger, symbol):
+        failpoints.trigger(symbol, attempt)
         outcome = train_coin(
             symbol,
             candles,
@@ -61,9 +61,9 @@ def coin_model(
             champion_changed=outcome.champion_changed,
             decision=outcome.decision,
             metrics=key if outcome.status == "succeeded" else None,
-            attempts=attempt,
             error=None,
         )
+        ledger.note_attempt_end(symbol, outcome.status)
     metadata: dict = {"status": outcome.status}
     if outcome.status != "succeeded":
         metadata["reason"] = outcome.reason or ""

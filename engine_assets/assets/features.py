@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from engine_assets.assets.common import failures_recorded, run_day
+from engine_assets.assets.common import begin_coin_step, failures_recorded, run_day
 from engine_assets.partitions import coin_partitions
 from engine_assets.resources import EngineResource
 from engine_assets.training.coin_stage import LABEL_COLUMN, NEXT_RETURN_COLUMN
@@ -28,9 +28,9 @@ def features(context: dg.AssetExecutionContext, engine: EngineResource, candles:
     symbol = context.partition_key
     settings = engine.settings
     ledger = engine.ledger(run_day(context))
-    attempt = int(ledger.read().get("coins", {}).get(symbol, {}).get("attempts", 1))
+    begin_coin_step(context, ledger)
     config = TrainingConfig()
-    with failures_recorded(ledger, symbol, attempt):
+    with failures_recorded(ledger, symbol):
         grid = to_grid(candles, settings.timeframe_seconds)
         frame = build_features(grid, config.features)
         frame[LABEL_COLUMN] = build_label(grid, config.windows.label_horizon)

@@ -59,7 +59,9 @@ def instance_config(settings: EngineSettings, coin_limit: int) -> dict:
             "start_timeout_seconds": 300,
             "max_resume_run_attempts": 0,
         },
-        "run_retries": {"enabled": True, "max_retries": 0},
+        # Crashed coin runs are retried by the engine (with backoff, counted in the ledger),
+        # so Dagster's own run retries stay off and never retry a timeout or a cancel.
+        "run_retries": {"enabled": False},
         "telemetry": {"enabled": False},
         "nux": {"enabled": False},
     }

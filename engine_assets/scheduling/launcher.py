@@ -124,22 +124,31 @@ def watch_runs(
     while pending:
         if health_check:
             health_check()
-        records = instance.get_runs(filters=_filter(list(pending)))
-        for record in records:
-            watched = pending.get(record.run_id)
-            if watched is None or record.status == watched.status:
-                continue
-            watched.status = record.status
-            if record.status == DagsterRunStatus.STARTED and watched.started_at is None:
-                watched.started_at = time.monotonic()
-            if record.status in TERMINAL_STATUSES:
-                watched.ended_at = time.monotonic()
-                pending.pop(record.run_id)
+        for watched in watch_step(instance, list(pending.values())):
+            if watched.ended_at is not None:
+                pending.pop(watched.run_id)
             if on_change:
                 on_change(watched)
         if pending:
             time.sleep(poll_seconds)
     return runs
+
+
+def watch_step(instance, runs: list[WatchedRun]) -> list[WatchedRun]:
+    """Read the runs' statuses once; return those whose status changed (ended ones have ``ended_at``)."""
+    by_id = {run.run_id: run for run in runs}
+    changed = []
+    for record in instance.get_runs(filters=_filter(list(by_id))):
+        watched = by_id[record.run_id]
+        if record.status == watched.status:
+            continue
+        watched.status = record.status
+        if record.status == DagsterRunStatus.STARTED and watched.started_at is None:
+            watched.started_at = time.monotonic()
+        if record.status in TERMINAL_STATUSES:
+            watched.ended_at = time.monotonic()
+        changed.append(watched)
+    return changed
 
 
 def _filter(run_ids: list[str]):
@@ -163,3 +172,15 @@ def run_failure_message(instance, run_id: str) -> str:
             if event is not None and event.message:
                 return event.message[:500]
     return "run failed without a step error; see the run's logs in the Dagster UI"
+
+
+def exceeded_max_runtime(instance, run_id: str) -> str | None:
+    """Return Dagster's "maximum runtime" message when run monitoring ended the run for its timeout."""
+    from dagster import DagsterEventType
+
+    for event_type in (DagsterEventType.RUN_CANCELING, DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED):
+        for record in instance.get_records_for_run(run_id, of_type=event_type).records:
+            message = record.event_log_entry.message or ""
+            if "maximum runtime" in message.lower():
+                return message
+    return None

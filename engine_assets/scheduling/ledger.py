@@ -90,20 +90,32 @@ class Ledger:
             entry.update(fields)
             return dict(entry)
 
-    def start_coin_attempt(self, symbol: str, run_id: str, attempt: int) -> dict:
-        """Mark a coin running for ``attempt`` (1-based) of run ``run_id``."""
+    def begin_attempt(self, symbol: str, run_id: str, retry_number: int = 0) -> int:
+        """Mark a coin running and return its attempt number for the day (1-based).
+
+        Every step of a coin run calls this; the attempt count grows once per
+        run and once per step retry, however many steps the run executes.
+        """
+        key = f"{run_id}:{retry_number}"
         with self.edit() as document:
             entry = document.setdefault("coins", {}).setdefault(symbol, {"status": "pending", "attempts": 0})
-            entry.update(
-                status="running",
-                attempts=max(int(entry.get("attempts", 0)), attempt),
-                run_id=run_id,
-                started_at=iso_now(),
-                finished_at=None,
-                error=None,
-            )
-            entry.setdefault("attempt_log", []).append({"attempt": attempt, "run_id": run_id, "started_at": iso_now()})
-            return dict(entry)
+            keys = entry.setdefault("attempt_keys", [])
+            if key not in keys:
+                keys.append(key)
+                entry["attempts"] = int(entry.get("attempts", 0)) + 1
+                entry.setdefault("attempt_log", []).append(
+                    {"attempt": entry["attempts"], "run_id": run_id, "retry_number": retry_number, "started_at": iso_now()}
+                )
+                entry.update(status="running", run_id=run_id, started_at=iso_now(), finished_at=None, error=None)
+            return int(entry["attempts"])
+
+    def note_attempt_end(self, symbol: str, outcome: str) -> None:
+        """Record how the coin's latest attempt ended in its attempt log."""
+        with self.edit() as document:
+            entry = document.setdefault("coins", {}).setdefault(symbol, {"status": "pending", "attempts": 0})
+            log = entry.setdefault("attempt_log", [])
+            if log:
+                log[-1].update(ended_at=iso_now(), outcome=outcome)
 
     def finish_coin(self, symbol: str, status: str, **fields) -> dict:
         fields.setdefault("finished_at", iso_now())
