@@ -9,12 +9,17 @@ import dagster as dg
 from engine_assets.settings import EngineSettings
 from engine_assets.storage.base import ArtifactStore
 
-# Secrets are read at run time through Dagster's EnvVar, never at import and never logged.
+# Secrets are read at run time through Dagster's EnvVar, never at import and never logged. The
+# Dropbox connection settings (hosts, CA bundle) are not secret but travel the same way to build_store.
+# S3 credentials are not listed: boto3 reads them itself (AWS_* variables, profiles, instance roles).
 SECRET_VARIABLES = (
     "DROPBOX_APP_KEY",
     "DROPBOX_APP_SECRET",
     "DROPBOX_REFRESH_TOKEN",
     "DROPBOX_ACCESS_TOKEN",
+    "DROPBOX_API_HOST",
+    "DROPBOX_API_CONTENT_HOST",
+    "DROPBOX_CA_BUNDLE",
 )
 
 

@@ -12,6 +12,8 @@ Other servers: the SDK reads ``DROPBOX_API_HOST`` and
 ``REQUESTS_CA_BUNDLE``. To choose the hosts after import, as tests do, pass
 ``api_host`` and ``content_host``. ``ca_bundle`` names a PEM file of trusted
 certificates for that server and takes precedence over ``REQUESTS_CA_BUNDLE``.
+The engine passes all three from ``DROPBOX_API_HOST``,
+``DROPBOX_API_CONTENT_HOST`` and ``DROPBOX_CA_BUNDLE`` (see ``factory``).
 
 Integrity: after every upload the store compares the ``content_hash`` that
 Dropbox returns with one computed locally (SHA256 over the concatenated
@@ -253,7 +255,7 @@ class DropboxArtifactStore(ArtifactStore):
                 # An SSLError is a ConnectionError to requests, but a retry cannot fix a rejected certificate.
                 raise StorageError(
                     f"Dropbox {action} of {path} failed: TLS certificate verification failed ({error}); "
-                    "check ca_bundle or REQUESTS_CA_BUNDLE"
+                    "check ca_bundle (DROPBOX_CA_BUNDLE) or REQUESTS_CA_BUNDLE"
                 ) from error
             except (requests.ConnectionError, requests.Timeout) as error:
                 connection_failures += 1
@@ -534,7 +536,10 @@ def _session_trusting(ca_bundle: str | os.PathLike):
 
     path = os.fspath(ca_bundle)
     if not os.path.isfile(path):
-        raise StorageError(f"Dropbox CA bundle not found: {path}; pass a PEM file of trusted certificates")
+        raise StorageError(
+            f"Dropbox CA bundle not found: {path}; set DROPBOX_CA_BUNDLE (or ca_bundle) to a PEM file "
+            "of trusted certificates"
+        )
 
     class PinnedCASession(requests.Session):
         def merge_environment_settings(self, url, proxies, stream, verify, cert):

@@ -18,14 +18,21 @@ DROPBOX_SECRET_NAMES = (
     "DROPBOX_REFRESH_TOKEN",
     "DROPBOX_ACCESS_TOKEN",
 )
+# For a server other than Dropbox's own, such as a test server: its API and content hosts (host or
+# host:port; either one alone sets both) and a PEM file of the certificates to trust for it.
+DROPBOX_CONNECTION_NAMES = (
+    "DROPBOX_API_HOST",
+    "DROPBOX_API_CONTENT_HOST",
+    "DROPBOX_CA_BUNDLE",
+)
 
 
 def build_store(settings: EngineSettings, secrets: Mapping[str, str] | None = None) -> ArtifactStore:
     """Return the store for ``settings.storage``: ``local``, ``s3`` or ``dropbox``.
 
     ``secrets`` contains the Dropbox credentials under the names in
-    ``DROPBOX_SECRET_NAMES``, plus the optional ``DROPBOX_API_HOST`` and
-    ``DROPBOX_API_CONTENT_HOST``. It defaults to the process environment.
+    ``DROPBOX_SECRET_NAMES``, plus the optional connection settings in
+    ``DROPBOX_CONNECTION_NAMES``. It defaults to the process environment.
     S3 credentials, region and endpoint come from boto3's own settings
     (``AWS_*`` variables, profiles, instance roles), not from ``secrets``.
     The S3 and Dropbox libraries are imported only when their backend is chosen.
@@ -79,4 +86,5 @@ def _build_dropbox(settings: EngineSettings, secrets: Mapping[str, str]) -> Arti
         access_token=access_token,
         api_host=api_host,
         content_host=content_host,
+        ca_bundle=secret("DROPBOX_CA_BUNDLE"),
     )
