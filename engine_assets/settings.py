@@ -17,6 +17,9 @@ from engine_assets.symbols import validate_symbol
 
 TRAINING_MODES = ("sequential", "parallel", "hybrid")
 STORAGE_BACKENDS = ("local", "s3", "dropbox")
+# Initial state of the daily schedule, as Dagster's DefaultScheduleStatus names it.
+SCHEDULE_STATUSES = ("stopped", "running")
+DEFAULT_DAILY_CRON = "15 0 * * *"
 TIMEFRAME_SECONDS = {
     "1m": 60,
     "3m": 180,
@@ -63,6 +66,32 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     return value
 
 
+def _cron(env: Mapping[str, str], name: str, default: str) -> str:
+    value = " ".join(env.get(name, "").split()) or default
+    if value == default:
+        return value
+    # Dagster's own parser, imported only here so that reading settings stays cheap.
+    from dagster._utils.schedules import is_valid_cron_string
+
+    if not is_valid_cron_string(value):
+        raise SettingsError(
+            f"invalid {name}={value!r}: expected a cron expression of 5 fields "
+            f"(minute hour day month weekday), such as {default!r}"
+        )
+    return value
+
+
+def _failpoints(env: Mapping[str, str]) -> str:
+    from engine_assets.scheduling.failpoints import parse_failpoints
+
+    value = env.get("ENGINE_FAILPOINTS", "").strip()
+    try:
+        parse_failpoints(value)
+    except ValueError as error:
+        raise SettingsError(str(error)) from None
+    return value
+
+
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env.get(name, "").strip().lower() or default
     if value not in choices:
@@ -87,6 +116,12 @@ class EngineSettings:
     s3_prefix: str = ""
     dropbox_root: str = "/engine"
     encoder_epochs: int = 6
+    failpoints: str = ""
+    daily_cron: str = DEFAULT_DAILY_CRON
+    daily_schedule: str = "stopped"
+    download_exchange: str = ""
+    download_api_url: str = ""
+    notify_max_wait_seconds: int = 30
 
     @property
     def dagster_home(self) -> Path:
@@ -135,6 +170,12 @@ class EngineSettings:
             s3_prefix=env.get("ENGINE_S3_PREFIX", "").strip().strip("/"),
             dropbox_root=env.get("ENGINE_DROPBOX_ROOT", "").strip() or "/engine",
             encoder_epochs=_int(env, "ENGINE_ENCODER_EPOCHS", 6, 1),
+            failpoints=_failpoints(env),
+            daily_cron=_cron(env, "ENGINE_DAILY_CRON", DEFAULT_DAILY_CRON),
+            daily_schedule=_choice(env, "ENGINE_DAILY_SCHEDULE", "stopped", SCHEDULE_STATUSES),
+            download_exchange=env.get("ENGINE_DOWNLOAD_EXCHANGE", "").strip().lower(),
+            download_api_url=env.get("ENGINE_DOWNLOAD_API_URL", "").strip(),
+            notify_max_wait_seconds=_int(env, "ENGINE_NOTIFY_MAX_WAIT_SECONDS", 30, 1),
         )
 
     def with_overrides(self, **changes) -> "EngineSettings":
