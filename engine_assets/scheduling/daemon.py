@@ -44,7 +44,7 @@ def daemon_running(instance, pid_file: Path) -> bool:
 
     pid = _read_pid(pid_file)
     if pid is not None and not _pid_alive(pid):
-        pid_file.unlink(missing_ok=True)
+        # The file stays until a new daemon replaces it, so every check until then agrees.
         return False
     try:
         return all_daemons_live(instance)

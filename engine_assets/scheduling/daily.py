@@ -14,24 +14,32 @@ from dataclasses import dataclass
 
 from dagster import DagsterInstance, DagsterRunStatus
 
-from engine_assets.assets.common import DAY_TAG, FORCE_TAG, THREADS_TAG
+from engine_assets.assets.common import DAY_TAG, THREADS_TAG
 from engine_assets.console import Console, summary_table
-from engine_assets.scheduling.daemon import running_daemon
+from engine_assets.notify import events
+from engine_assets.scheduling.daemon import daemon_running, running_daemon
+from engine_assets.scheduling.preflight import check_coin_timeout, clear_abandoned_runs
 from engine_assets.scheduling.instance import check_instance_config, write_instance_config
 from engine_assets.scheduling.launcher import (
     WatchedRun,
     create_job_run,
+    exceeded_max_runtime,
     open_workspace,
     run_failure_message,
     submit_job_run,
     watch_runs,
+    watch_step,
 )
 from engine_assets.scheduling.ledger import DONE_STATUSES, Ledger, day_key, iso_now
 from engine_assets.scheduling.modes import plan_concurrency
+from engine_assets.scheduling.refresh import refresh_candles
 from engine_assets.settings import EngineSettings
 from engine_assets.training.reports import read_summary
 
 logger = logging.getLogger(__name__)
+
+# Waits before retrying a crashed coin run: 2 s, then 4 s, then 8 s.
+RETRY_BASE_SECONDS = 2.0
 
 
 @dataclass
@@ -41,6 +49,8 @@ class DailyOptions:
     symbols: tuple[str, ...] = ()
     force: bool = False
     day: str | None = None
+    # Download fresh candles first; only done when ENGINE_DOWNLOAD_EXCHANGE names a source.
+    refresh: bool = True
 
 
 def prepare_instance(settings: EngineSettings, console: Console):
@@ -53,8 +63,11 @@ def prepare_instance(settings: EngineSettings, console: Console):
     return DagsterInstance.get(), plan
 
 
-def run_daily(settings: EngineSettings, options: DailyOptions, console: Console | None = None) -> int:
-    """Run the day's training and return the exit status: 0 when every coin succeeded or was skipped."""
+def run_daily(settings: EngineSettings, options: DailyOptions, console: Console | None = None, notifier=None) -> int:
+    """Run the day's training and return the exit status: 0 when every coin succeeded or was skipped.
+
+    ``notifier`` (a ``TelegramNotifier``) defaults to one built from the ``TELEGRAM_*`` variables.
+    """
     from engine_assets.data.universe import discover_universe
     from engine_assets.storage.factory import build_store
 
@@ -79,7 +92,11 @@ def run_daily(settings: EngineSettings, options: DailyOptions, console: Console 
             console.stream.write("\n" + summary_table(summary) + "\n")
         return _exit_status(ledger.read(), wanted)
 
+    if options.refresh:
+        refresh_candles(settings, universe, console)
     instance, plan = prepare_instance(settings, console)
+    notifications = events.start_notifications(settings, console, notifier)
+    events.notify_run_started(notifications, day, to_train, plan)
     threads = max(1, (os.cpu_count() or 1) // plan.limit)
     ledger.update_run(
         mode=plan.mode,
@@ -95,12 +112,15 @@ def run_daily(settings: EngineSettings, options: DailyOptions, console: Console 
         ledger.update_coin(symbol, status="pending")
 
     base_tags = {DAY_TAG: day}
-    if options.force:
-        base_tags[FORCE_TAG] = "true"
+    cleared = clear_abandoned_runs(instance, day, daemon_running(instance, settings.home / "daemon.pid"))
+    if cleared:
+        console.line(f"cleared {len(cleared)} run(s) left by an engine train that stopped; resuming")
     with running_daemon(instance, settings.home, settings.home / "logs" / "daemon.log") as daemon:
         console.line("starting the Dagster daemon" if daemon.started_here else "using the running Dagster daemon")
         with open_workspace(instance) as workspace:
-            encoder_run = _start_encoder(instance, workspace, ledger, base_tags, options.force, console)
+            check_coin_timeout(instance, workspace)
+            # --force retrains coins; today's encoder is reused, so every coin of the day shares it.
+            encoder_run = _start_encoder(instance, workspace, ledger, base_tags, console)
             # Coin runs are created while the encoder trains and queued once it has succeeded,
             # so creating them (an execution plan each) costs no wall time of its own.
             coin_tags = {**base_tags, THREADS_TAG: str(threads)}
@@ -109,7 +129,9 @@ def run_daily(settings: EngineSettings, options: DailyOptions, console: Console 
                 for symbol in to_train
             }
             if _finish_encoder(instance, ledger, encoder_run, console, daemon.check):
-                _run_coins(instance, workspace, ledger, created, console, daemon.check)
+                _run_coins(
+                    instance, workspace, ledger, created, console, daemon.check, settings.coin_retries, notifications
+                )
             else:
                 for run_id in created.values():
                     instance.delete_run(run_id)
@@ -122,6 +144,7 @@ def run_daily(settings: EngineSettings, options: DailyOptions, console: Console 
     if summary:
         console.stream.write("\n" + summary_table(summary) + "\n")
         console.line(f"summary: {store.describe()}/summary/{day}/engine_summary.json")
+    events.notify_run_finished(notifications, day, summary)
     return _exit_status(ledger.read(), wanted)
 
 
@@ -137,10 +160,10 @@ def _exit_status(document: dict, symbols: list[str]) -> int:
     return 1 if bad else 0
 
 
-def _start_encoder(instance, workspace, ledger, tags, force, console) -> WatchedRun | None:
+def _start_encoder(instance, workspace, ledger, tags, console) -> WatchedRun | None:
     """Queue the encoder run, or return None when today's encoder already succeeded."""
     entry = ledger.read().get("encoder", {})
-    if entry.get("status") == "succeeded" and not force:
+    if entry.get("status") == "succeeded":
         console.line(f"encoder: today's {entry.get('path')} already succeeded")
         return None
     run_id = submit_job_run(instance, workspace, "encoder_job", tags=tags)
@@ -170,32 +193,91 @@ def _finish_encoder(instance, ledger, run: WatchedRun | None, console, health_ch
     return False
 
 
-def _run_coins(instance, workspace, ledger, created: dict[str, str], console, health_check) -> None:
-    runs = []
+def classify_failure(run, message: str) -> tuple[str, bool]:
+    """Return (ledger status, whether the engine retries) for a coin run that did not succeed.
+
+    A run over its ``dagster/max_runtime`` is ``timed_out``; a run cancelled
+    by a person, or one whose step failed (retried inside the run already,
+    or bad data that a retry cannot fix), is not retried here. A run whose
+    worker died (SIGKILL, out of memory) is retried.
+    """
+    if "maximum runtime" in message.lower():
+        return "timed_out", False
+    if run.status == DagsterRunStatus.CANCELED:
+        return "failed", False
+    reason = run.tags.get("dagster/failure_reason", "")
+    if reason == "STEP_FAILURE":
+        return "failed", False
+    return "failed", True
+
+
+def retry_delay_seconds(attempt: int, base: float = RETRY_BASE_SECONDS) -> float:
+    """Return the wait before retry number ``attempt`` (1-based): base, 2 x base, 4 x base, ..."""
+    return base * (2 ** (attempt - 1))
+
+
+def _run_coins(
+    instance, workspace, ledger, created: dict[str, str], console, health_check, retries: int, notifications=None
+) -> None:
+    """Queue the coin runs and watch them, retrying runs whose worker crashed, until every coin has ended."""
+    watched: dict[str, WatchedRun] = {}
     for symbol, run_id in created.items():
         instance.submit_run(run_id, workspace)
-        runs.append(WatchedRun(run_id=run_id, label=symbol, submitted_at=time.monotonic()))
-    console.line(f"queued {len(runs)} coin runs")
-    finished = 0
+        watched[run_id] = WatchedRun(run_id=run_id, label=symbol, submitted_at=time.monotonic())
+    console.line(f"queued {len(watched)} coin runs")
+    total, finished = len(created), 0
+    waiting: list[tuple[float, str, str]] = []  # (due time, symbol, parent run id)
 
-    def changed(watched: WatchedRun) -> None:
+    def changed(run: WatchedRun) -> None:
         nonlocal finished
-        if watched.status == DagsterRunStatus.STARTED:
-            console.line(f"{watched.label}: training")
+        if run.status == DagsterRunStatus.STARTED:
+            console.line(f"{run.label}: training")
             return
-        if watched.ended_at is None:
+        if run.ended_at is None:
             return
+        entry = ledger.read().get("coins", {}).get(run.label, {})
+        if run.status != DagsterRunStatus.SUCCESS:
+            record = instance.get_run_by_id(run.run_id)
+            message = exceeded_max_runtime(instance, run.run_id) or run_failure_message(instance, run.run_id)
+            if run.status == DagsterRunStatus.CANCELED and "maximum runtime" not in message.lower():
+                message = f"cancelled: {message}"
+            status, retry = classify_failure(record, message)
+            attempts = int(entry.get("attempts", 0))
+            if retry and attempts < retries + 1:
+                delay = retry_delay_seconds(attempts)
+                ledger.note_attempt_end(run.label, f"crashed: {message}"[:300])
+                ledger.update_coin(run.label, status="pending", error=message, next_retry_in_seconds=delay)
+                console.line(f"{run.label}: run crashed ({message}); retry {attempts} of {retries} in {delay:.0f}s")
+                waiting.append((time.monotonic() + delay, run.label, run.run_id))
+                return
+            if entry.get("status") in (None, "pending", "running") or status == "timed_out":
+                # The run ended without its steps recording why (killed worker, timeout, cancel).
+                entry = ledger.finish_coin(run.label, status, error=message, reason=message)
         finished += 1
-        entry = ledger.read().get("coins", {}).get(watched.label, {})
-        if watched.status != DagsterRunStatus.SUCCESS and entry.get("status") in (None, "pending", "running"):
-            # The run ended without its steps recording why (killed worker, timeout, cancel).
-            message = run_failure_message(instance, watched.run_id)
-            status = "timed_out" if "max runtime" in message.lower() or "timed out" in message.lower() else "failed"
-            entry = ledger.finish_coin(watched.label, status, error=message, reason=message)
-        took = watched.ended_at - (watched.started_at or watched.submitted_at)
-        console.line(f"[{finished:>3}/{len(runs)}] {watched.label}: {_describe(entry)} ({took:.1f}s)")
+        took = run.ended_at - (run.started_at or run.submitted_at)
+        console.line(f"[{finished:>3}/{total}] {run.label}: {_describe(entry)} ({took:.1f}s)")
+        events.notify_coin_finished(notifications, run.label, entry)
 
-    watch_runs(instance, runs, changed, health_check=health_check)
+    pending = dict(watched)
+    while pending or waiting:
+        health_check()
+        for due, symbol, parent in [item for item in waiting if item[0] <= time.monotonic()]:
+            waiting.remove((due, symbol, parent))
+            tags = {**instance.get_run_by_id(parent).tags, "engine/retry_of": parent}
+            run_id = create_job_run(instance, workspace, "coin_job", tags=_user_tags(tags))
+            instance.submit_run(run_id, workspace)
+            pending[run_id] = WatchedRun(run_id=run_id, label=symbol, submitted_at=time.monotonic())
+        if pending:
+            for run in watch_step(instance, list(pending.values())):
+                if run.ended_at is not None:
+                    pending.pop(run.run_id, None)
+                changed(run)
+        time.sleep(0.5)
+
+
+def _user_tags(tags: dict) -> dict:
+    """Return the tags a new run may copy: the engine's and the partition, not Dagster's run bookkeeping."""
+    return {key: value for key, value in tags.items() if not key.startswith("dagster/") or key == "dagster/partition"}
 
 
 def _describe(entry: dict) -> str:

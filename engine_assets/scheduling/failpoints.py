@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +50,9 @@ def parse_failpoints(text: str) -> dict[str, tuple[str, float]]:
     return rules
 
 
-def trigger(symbol: str, attempt: int, environ: Mapping[str, str] | None = None) -> None:
-    """Run the failpoint rule for ``symbol`` at its ``attempt`` (1-based), if one is set."""
-    rules = parse_failpoints((os.environ if environ is None else environ).get("ENGINE_FAILPOINTS", ""))
+def trigger(symbol: str, attempt: int, rules_text: str) -> None:
+    """Run the failpoint rule for ``symbol`` at its ``attempt`` (1-based), if ``rules_text`` sets one."""
+    rules = parse_failpoints(rules_text)
     rule = rules.get(symbol) or rules.get("*")
     if rule is None:
         return
