@@ -37,14 +37,14 @@ def read_ledger(env: dict) -> dict:
 
 
 def coin_run_records(env: dict):
-    """Return the run records of every coin run in the engine's Dagster instance."""
-    from dagster import DagsterInstance, RunsFilter
+    """Return the run records of every coin run (any run of one partition) in the engine's Dagster instance."""
+    from dagster import DagsterInstance
 
     previous = os.environ.get("DAGSTER_HOME")
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
     try:
         with DagsterInstance.get() as instance:
-            return list(instance.get_run_records(RunsFilter(job_name="coin_job")))
+            return [r for r in instance.get_run_records() if "dagster/partition" in r.dagster_run.tags]
     finally:
         if previous is None:
             os.environ.pop("DAGSTER_HOME", None)

@@ -252,9 +252,11 @@ def test_backfill_over_graphql_obeys_limit(tmp_path, sample_dir):
         answer = requests.post(url, json={"query": mutation, "variables": {"params": params}}, timeout=60).json()
         assert answer["data"]["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess", answer
         _wait_for(
-            lambda: all(read_ledger(env)["coins"][s]["status"] == "succeeded" for s in failing),
+            lambda: all(read_ledger(env)["coins"][s]["status"] == "succeeded" for s in failing)
+            and len([r for r in coin_run_records(env) if "dagster/backfill" in r.dagster_run.tags and r.end_time])
+            == len(failing),
             300,
-            "the backfill to retrain the failed coins",
+            "the backfill runs to retrain the failed coins and end",
         )
     finally:
         _stop(processes)
