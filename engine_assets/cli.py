@@ -99,7 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         from engine_assets.storage.factory import build_store
         from engine_assets.storage.verify import verify_store
 
-        report = verify_store(build_store(settings))
+        from engine_assets.storage.base import StorageError
+
+        try:
+            report = verify_store(build_store(settings))
+        except StorageError as error:
+            print(f"engine storage verify: {error}", file=sys.stderr)
+            return 2
         print(report.render())
         return 0 if report.ok else 1
     if args.command == "download-data":
