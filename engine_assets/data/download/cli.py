@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import datetime as dt
 import logging
 import sys
@@ -150,6 +151,18 @@ def run_download(args: argparse.Namespace, settings: EngineSettings, out: TextIO
             "no coin to download: pass --symbols BTCUSDT,... or set ENGINE_SYMBOLS, "
             "or put a %s candle file in %s",
             timeframe,
+            data_dir,
+        )
+        return EXIT_USAGE
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        logger.error("cannot create the data folder %s: %s; pass --data-dir or set ENGINE_DATA_DIR", data_dir, error)
+        return EXIT_USAGE
+    if not os.access(data_dir, os.W_OK):
+        logger.error(
+            "the data folder %s is not writable (a read-only sample folder?): pass --data-dir or set ENGINE_DATA_DIR",
             data_dir,
         )
         return EXIT_USAGE
