@@ -34,6 +34,8 @@ class _CacheIOManager(dg.ConfigurableIOManager):
     suffix: str = ""
 
     def _path(self, context) -> Path:
+        # An InputContext names the upstream asset and its partition itself, also when the
+        # upstream step is not part of the run (a coin_model materialized alone from the UI).
         parts = list(context.asset_key.path)
         if context.has_asset_partitions:
             parts.append(context.asset_partition_key)
@@ -52,7 +54,7 @@ class FrameIOManager(_CacheIOManager):
         context.add_output_metadata({"cache_path": dg.MetadataValue.path(str(path))})
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
-        path = self._path(context.upstream_output if context.upstream_output else context)
+        path = self._path(context)
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} not found: materialize {context.asset_key.to_user_string()} for this partition first"
@@ -71,7 +73,7 @@ class JsonIOManager(_CacheIOManager):
         _atomic_write(path, lambda temporary: Path(temporary).write_text(text))
 
     def load_input(self, context: dg.InputContext) -> dict:
-        path = self._path(context.upstream_output if context.upstream_output else context)
+        path = self._path(context)
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} not found: materialize {context.asset_key.to_user_string()} first"

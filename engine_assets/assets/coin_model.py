@@ -32,6 +32,7 @@ def coin_model(
 ) -> dg.MaterializeResult:
     """XGBoost and LightGBM heads fitted on the training window; the better on validation is scored
     on the holdout after fees and slippage and replaces the champion only if it beats it there."""
+    from engine_assets.reporting.metadata import coin_model_metadata
     from engine_assets.training.coin_stage import train_coin
 
     symbol = context.partition_key
@@ -39,7 +40,7 @@ def coin_model(
     ledger = engine.ledger(run_day(context))
     attempt = begin_coin_step(context, ledger)
     with failures_recorded(ledger, symbol):
-        failpoints.trigger(symbol, attempt)
+        failpoints.trigger(symbol, attempt, settings.failpoints)
         outcome = train_coin(
             symbol,
             candles,
@@ -81,6 +82,8 @@ def coin_model(
                 "decision": outcome.decision or "",
                 "artifact_path": outcome.model_path,
                 "manifest_sha256": outcome.manifest_sha256,
+                "champion": outcome.champion_path,
+                **coin_model_metadata(outcome.metrics, engine.store(), outcome.model_path),
             }
         )
     return dg.MaterializeResult(

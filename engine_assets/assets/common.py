@@ -13,6 +13,7 @@ from engine_assets.scheduling.ledger import day_key
 
 DAY_TAG = "engine/day"
 THREADS_TAG = "engine/threads"
+# Set on a daily_job run to retrain coins that already succeeded that day.
 FORCE_TAG = "engine/force"
 
 

@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
-from engine_assets.assets.common import FORCE_TAG, run_day, thread_budget
+from engine_assets.assets.common import run_day, thread_budget
 from engine_assets.assets.candles import candles
 from engine_assets.resources import EngineResource
 from engine_assets.settings import EngineSettings
@@ -44,6 +44,7 @@ def shared_encoder(
     same day resumes from the last one.
     """
     from engine_assets.encoder.model import EncoderConfig
+    from engine_assets.reporting.metadata import encoder_metadata
     from engine_assets.training.config import TrainingConfig
     from engine_assets.training.encoder_stage import train_shared_encoder
 
@@ -58,7 +59,7 @@ def shared_encoder(
         seed=training.seed,
     )
     ledger = engine.ledger(run_day(context))
-    force = config.force or context.run.tags.get(FORCE_TAG) == "true"
+    force = config.force
     try:
         outcome = train_shared_encoder(
             settings,
@@ -90,6 +91,7 @@ def shared_encoder(
     if history:
         metadata["train_loss"] = float(history[-1]["train_loss"])
         metadata["validation_loss"] = float(history[-1]["val_loss"])
+        metadata.update(encoder_metadata(history))
     if ref.get("skipped"):
         metadata["left_out"] = dg.MetadataValue.json(ref["skipped"])
     return dg.MaterializeResult(value=ref, metadata=metadata)

@@ -1,0 +1,1 @@
+"""Plots and tables for the assets' materialization metadata in the Dagster UI."""
