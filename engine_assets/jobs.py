@@ -19,10 +19,16 @@ from engine_assets.settings import EngineSettings
 
 _settings = EngineSettings.from_env()
 
+# Runs without a dagster/max_runtime tag get the coin timeout from run monitoring's default
+# (see scheduling/instance.py), so jobs that may run longer than one coin carry their own.
+ENCODER_TIMEOUT_SECONDS = 4 * _settings.coin_timeout_seconds
+DAILY_TIMEOUT_SECONDS = 24 * 3600
+
 encoder_job = dg.define_asset_job(
     "encoder_job",
     selection=[shared_encoder],
     executor_def=dg.in_process_executor,
+    tags={"dagster/max_runtime": str(ENCODER_TIMEOUT_SECONDS)},
     description="Train today's shared encoder (or reuse or resume it).",
 )
 
@@ -95,6 +101,7 @@ def daily_run(context, engine: EngineResource, telegram: TelegramResource) -> dg
 
 @dg.job(
     executor_def=dg.in_process_executor,
+    tags={"dagster/max_runtime": str(DAILY_TIMEOUT_SECONDS)},
     description=(
         "The whole day without a person: refresh candles (when a download source is set), the encoder run, "
         "one run per coin under the queue's limits, and the report run. The daily schedule launches it."

@@ -58,6 +58,9 @@ def instance_config(settings: EngineSettings, coin_limit: int) -> dict:
             "poll_interval_seconds": MONITORING_INTERVAL_SECONDS,
             "start_timeout_seconds": 300,
             "max_resume_run_attempts": 0,
+            # The default for runs without a dagster/max_runtime tag, such as a coin
+            # retrained from its asset page; jobs that need longer carry their own tag.
+            "max_runtime_seconds": settings.coin_timeout_seconds,
         },
         # Crashed coin runs are retried by the engine (with backoff, counted in the ledger),
         # so Dagster's own run retries stay off and never retry a timeout or a cancel.
