@@ -31,6 +31,7 @@ class Console:
 def summary_table(summary: dict) -> str:
     """Render the day's summary as a fixed-width table, one row per coin."""
     headers = ["coin", "status", "head", "Sharpe net", "return net", "B&H return", "B&H Sharpe", "champion", "reason"]
+
     rows = []
     for coin in summary.get("coins", []):
         champion = "-"
@@ -49,11 +50,13 @@ def summary_table(summary: dict) -> str:
                 (coin.get("reason") or "")[:90] if coin["status"] != "succeeded" else "",
             ]
         )
+
     widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(str(value).ljust(width) for value, width in zip(headers, widths)).rstrip()]
     lines.append("  ".join("-" * width for width in widths))
     for row in rows:
         lines.append("  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip())
+
     counts = summary.get("counts", {})
     order = ["succeeded", "skipped", "failed", "timed_out"]
     statuses = order + sorted(set(counts) - set(order))

@@ -128,28 +128,25 @@ def _ledger_or_empty(env):
         return {}
 
 
-def test_kill_minus_nine_then_resume(tmp_path, sample_dir):
-    data_dir = link_samples(sample_dir, tmp_path / "data", ["BTC", "ETH", "SOL", "ADA"])
-    env = engine_environment(tmp_path, data_dir, ENGINE_ENCODER_EPOCHS="3", ENGINE_FAILPOINTS="*:sleep=2")
+KILLED_COINS = ["BTC", "ETH", "SOL", "ADA"]
+
+
+def _kill_engine_when(env: dict, predicate, what: str) -> None:
+    """Start `engine train`, wait until ``predicate(ledger)`` holds, then SIGKILL its whole process tree."""
     process = subprocess.Popen([ENGINE, "train"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for(
-            lambda: _ledger_or_empty(env).get("encoder", {}).get("last_checkpoint_epoch", 0) >= 1,
-            240,
-            "the encoder's first checkpoint",
-        )
+        _wait_for(lambda: predicate(_ledger_or_empty(env)), 240, what)
     finally:
+        # Twice, for processes that were starting while the first tree was read.
         kill_tree(process.pid)
         kill_tree(process.pid)
         process.wait(timeout=30)
 
-    result = run_engine(env, "train")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    ledger = read_ledger(env)
-    assert ledger["encoder"]["resumed_from_epoch"] >= 1
-    assert "resumed from epoch" in result.stdout
+
+def _assert_one_model_each(env: dict, ledger: dict) -> None:
     storage = Path(env["ENGINE_HOME"]) / "storage"
-    for symbol in ["BTCUSDT", "ETHUSDT", "SOLUSDT", "ADAUSDT"]:
+    for base in KILLED_COINS:
+        symbol = f"{base}USDT"
         assert ledger["coins"][symbol]["status"] == "succeeded"
         complete = [folder for folder in (storage / "models" / symbol).iterdir() if (folder / "manifest.json").exists()]
         assert len(complete) == 1
@@ -157,32 +154,35 @@ def test_kill_minus_nine_then_resume(tmp_path, sample_dir):
         assert pointer["path"] == f"models/{symbol}/{complete[0].name}"
 
 
-def test_kill_during_coins_then_resume(tmp_path, sample_dir):
-    data_dir = link_samples(sample_dir, tmp_path / "data", ["BTC", "ETH", "SOL", "ADA"])
-    env = engine_environment(tmp_path, data_dir, ENGINE_FAILPOINTS="*:sleep=6")
-    process = subprocess.Popen([ENGINE, "train"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(
-            lambda: any(c.get("status") == "running" for c in _ledger_or_empty(env).get("coins", {}).values()),
-            240,
-            "a coin run to start",
-        )
-    finally:
-        kill_tree(process.pid)
-        kill_tree(process.pid)
-        process.wait(timeout=30)
+def test_kill_minus_nine_then_resume(tmp_path, sample_dir):
+    data_dir = link_samples(sample_dir, tmp_path / "data", KILLED_COINS)
+    env = engine_environment(tmp_path, data_dir, ENGINE_ENCODER_EPOCHS="3", ENGINE_FAILPOINTS="*:sleep=2")
+    _kill_engine_when(
+        env, lambda ledger: ledger.get("encoder", {}).get("last_checkpoint_epoch", 0) >= 1, "the first checkpoint"
+    )
 
     result = run_engine(env, "train")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     ledger = read_ledger(env)
-    storage = Path(env["ENGINE_HOME"]) / "storage"
-    for symbol in ["BTCUSDT", "ETHUSDT", "SOLUSDT", "ADAUSDT"]:
-        assert ledger["coins"][symbol]["status"] == "succeeded"
-        pointer = json.loads((storage / "champions" / f"{symbol}.json").read_text())
-        assert (storage / pointer["path"] / "manifest.json").exists()
-        # Coins killed mid-run were trained again: one successful model each for the day.
-        complete = [folder for folder in (storage / "models" / symbol).iterdir() if (folder / "manifest.json").exists()]
-        assert len(complete) == 1
+    assert ledger["encoder"]["resumed_from_epoch"] >= 1
+    assert "resumed from epoch" in result.stdout
+    _assert_one_model_each(env, ledger)
+
+
+def test_kill_during_coins_then_resume(tmp_path, sample_dir):
+    data_dir = link_samples(sample_dir, tmp_path / "data", KILLED_COINS)
+    # The sleep holds each coin before training, so the kill lands before any model is published.
+    env = engine_environment(tmp_path, data_dir, ENGINE_FAILPOINTS="*:sleep=6")
+    _kill_engine_when(
+        env,
+        lambda ledger: any(coin.get("status") == "running" for coin in ledger.get("coins", {}).values()),
+        "a coin run to start",
+    )
+
+    result = run_engine(env, "train")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    # Coins killed mid-run were trained again: one successful model each for the day.
+    _assert_one_model_each(env, read_ledger(env))
 
 
 def _free_port() -> int:

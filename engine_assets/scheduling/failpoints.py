@@ -1,6 +1,6 @@
 """Failpoints: named places in a coin run where an operator or a test can inject a fault.
 
-``ENGINE_FAILPOINTS`` holds comma-separated rules ``SYMBOL:ACTION``, where
+``ENGINE_FAILPOINTS`` contains comma-separated rules ``SYMBOL:ACTION``, where
 SYMBOL may be ``*`` for every coin:
 
 - ``hang``: sleep until the run is stopped (tests the per-coin timeout);

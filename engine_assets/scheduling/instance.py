@@ -48,7 +48,7 @@ def instance_config(settings: EngineSettings, coin_limit: int) -> dict:
                 "tag_concurrency_limits": [{"key": COIN_RUN_TAG, "limit": coin_limit}],
                 "dequeue_interval_seconds": DEQUEUE_INTERVAL_SECONDS,
                 # Launching a run takes the daemon a second or more; with one launch at a
-                # time, short coin runs would never overlap, whatever the limit says.
+                # time, short coin runs would never overlap, whatever the limit is.
                 "dequeue_use_threads": True,
                 "dequeue_num_workers": coin_limit + 1,
             },

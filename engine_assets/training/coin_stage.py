@@ -41,7 +41,7 @@ TOP_FEATURES = 15
 
 @dataclass
 class CoinOutcome:
-    """What one coin's training produced, for the ledger, the roster and the asset's metadata."""
+    """The result of one coin's training, for the ledger, the roster and the asset's metadata."""
 
     symbol: str
     status: str
@@ -194,15 +194,15 @@ def train_coin(
         )
 
     kept, dropped = drop_zero_variance(train[feature_columns + embedding_columns])
-    candidates, nothing = {}, {}
+    candidates, no_learning = {}, {}
     for kind in HEAD_KINDS:
         head, threshold, result, reason = _fit_candidate(kind, kept, train, validation, config, threads, symbol)
         if reason:
-            nothing[kind] = reason
+            no_learning[kind] = reason
         else:
             candidates[kind] = (head, threshold, result)
     if not candidates:
-        reasons = "; ".join(f"{kind}: {reason}" for kind, reason in nothing.items())
+        reasons = "; ".join(f"{kind}: {reason}" for kind, reason in no_learning.items())
         return CoinOutcome(symbol=symbol, status="skipped", reason=f"head learned nothing ({reasons})")
 
     best_kind = max(candidates, key=lambda kind: candidates[kind][2].net.sharpe)
@@ -252,7 +252,7 @@ def train_coin(
             "rows": {"train": len(train), "validation": len(validation), "holdout": len(holdout)},
             "columns": {"kept": kept, "dropped_zero_variance": dropped},
             "validation": {kind: metrics_to_dict(c[2]) for kind, c in candidates.items()},
-            "heads_without_learning": nothing,
+            "heads_without_learning": no_learning,
             "holdout": metrics_to_dict(holdout_result),
             "buy_and_hold": metrics_to_dict(hold_result),
             "head_only": metrics_to_dict(head_only) if head_only else {"skipped": base_reason},
@@ -298,6 +298,12 @@ def train_coin(
                     "replaced": pointer.get("path") if pointer else None,
                 },
             )
+    if decision.promote:
+        champion_path = folder
+    elif pointer:
+        champion_path = pointer.get("path")
+    else:
+        champion_path = None
     return CoinOutcome(
         symbol=symbol,
         status="succeeded",
@@ -305,7 +311,7 @@ def train_coin(
         model_path=folder,
         manifest_sha256=published.manifest_sha256,
         champion_changed=decision.promote,
-        champion_path=folder if decision.promote else (pointer.get("path") if pointer else None),
+        champion_path=champion_path,
         decision=reason,
         metrics=metrics,
     )
