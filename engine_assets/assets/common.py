@@ -36,7 +36,7 @@ def error_text(error: BaseException) -> str:
 
 def begin_coin_step(context, ledger) -> int:
     """Count this run (and step retry) as an attempt of the coin; return the attempt number."""
-    return ledger.begin_attempt(context.partition_key, context.run_id, context.retry_number)
+    return ledger.begin_attempt(context.partition_key, context.run.run_id, context.retry_number)
 
 
 @contextlib.contextmanager
