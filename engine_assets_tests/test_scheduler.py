@@ -171,7 +171,7 @@ def test_kill_minus_nine_then_resume(tmp_path, sample_dir):
 
 def test_kill_during_coins_then_resume(tmp_path, sample_dir):
     data_dir = link_samples(sample_dir, tmp_path / "data", KILLED_COINS)
-    # The sleep holds each coin before training, so the kill lands before any model is published.
+    # The sleep keeps each coin waiting before training, so the kill lands before any model is published.
     env = engine_environment(tmp_path, data_dir, ENGINE_FAILPOINTS="*:sleep=6")
     _kill_engine_when(
         env,

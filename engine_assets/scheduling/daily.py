@@ -44,7 +44,7 @@ RETRY_BASE_SECONDS = 2.0
 
 @dataclass
 class DailyOptions:
-    """What ``engine train`` was asked to do."""
+    """The options of one ``engine train`` call."""
 
     symbols: tuple[str, ...] = ()
     force: bool = False
@@ -76,21 +76,21 @@ def run_daily(settings: EngineSettings, options: DailyOptions, console: Console 
     store = build_store(settings, _secrets())
     ledger = Ledger(store, day, settings.home / "locks")
     universe = discover_universe(settings.data_dir, settings.timeframe, settings.symbols)
-    wanted = list(options.symbols) if options.symbols else universe
-    unknown = sorted(set(wanted) - set(universe))
+    requested = list(options.symbols) if options.symbols else universe
+    unknown = sorted(set(requested) - set(universe))
     if unknown:
         raise ValueError(
             f"unknown symbols {', '.join(unknown)}: not in the universe of {settings.data_dir} "
             f"({len(universe)} coins for {settings.timeframe})"
         )
-    to_train, done = ledger.coins_to_train(wanted, force=options.force)
-    console.line(f"day {day}: {len(wanted)} coins, {len(to_train)} to train, {len(done)} already done today")
+    to_train, done = ledger.coins_to_train(requested, force=options.force)
+    console.line(f"day {day}: {len(requested)} coins, {len(to_train)} to train, {len(done)} already done today")
     if not to_train:
         console.line("nothing to train: every coin already succeeded or was skipped today (use --force to retrain)")
         summary = read_summary(store, day)
         if summary:
             console.stream.write("\n" + summary_table(summary) + "\n")
-        return _exit_status(ledger.read(), wanted)
+        return _exit_status(ledger.read(), requested)
 
     if options.refresh:
         refresh_candles(settings, universe, console)
@@ -145,7 +145,7 @@ def run_daily(settings: EngineSettings, options: DailyOptions, console: Console 
         console.stream.write("\n" + summary_table(summary) + "\n")
         console.line(f"summary: {store.describe()}/summary/{day}/engine_summary.json")
     events.notify_run_finished(notifications, day, summary)
-    return _exit_status(ledger.read(), wanted)
+    return _exit_status(ledger.read(), requested)
 
 
 def _secrets() -> dict[str, str]:
@@ -196,9 +196,9 @@ def _finish_encoder(instance, ledger, run: WatchedRun | None, console, health_ch
 def classify_failure(run, message: str) -> tuple[str, bool]:
     """Return (ledger status, whether the engine retries) for a coin run that did not succeed.
 
-    A run over its ``dagster/max_runtime`` is ``timed_out``; a run cancelled
-    by a person, or one whose step failed (retried inside the run already,
-    or bad data that a retry cannot fix), is not retried here. A run whose
+    A run over its ``dagster/max_runtime`` is ``timed_out`` and not retried.
+    Neither is a run cancelled by a person, nor one whose step failed, because
+    that step was retried inside the run already or failed on bad data. A run whose
     worker died (SIGKILL, out of memory) is retried.
     """
     if "maximum runtime" in message.lower():
