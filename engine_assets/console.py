@@ -35,8 +35,11 @@ def summary_table(summary: dict) -> str:
     rows = []
     for coin in summary.get("coins", []):
         champion = "-"
-        if coin["status"] == "succeeded":
-            champion = "changed" if coin.get("champion_changed") else "kept"
+        if coin["status"] == "succeeded" and coin.get("champion_changed"):
+            champion = "changed"
+        elif coin["status"] == "succeeded":
+            # A challenger that fails the guards leaves a coin without a champion on its first day.
+            champion = "kept" if coin.get("champion") else "none"
         rows.append(
             [
                 coin["symbol"],
