@@ -285,7 +285,12 @@ def _describe(entry: dict) -> str:
     if status == "succeeded":
         metrics = entry.get("metrics") or {}
         sharpe = metrics.get("sharpe_net")
-        champion = "new champion" if entry.get("champion_changed") else "champion kept"
+        if entry.get("champion_changed"):
+            champion = "new champion"
+        elif entry.get("champion"):
+            champion = "champion kept"
+        else:
+            champion = "no champion (guards not met)"
         sharpe_text = f"net Sharpe {sharpe:+.2f}" if sharpe is not None else "no Sharpe"
         return f"succeeded, {metrics.get('head')}, {sharpe_text}, {champion}"
     return f"{status}: {entry.get('reason') or entry.get('error') or ''}"
