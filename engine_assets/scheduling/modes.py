@@ -24,7 +24,7 @@ class ConcurrencyPlan:
 
 
 def detect_cuda() -> bool:
-    """Return whether torch sees a CUDA GPU (imports torch, so call it once per command)."""
+    """Return whether torch finds a CUDA GPU (imports torch, so call it once per command)."""
     try:
         import torch
     except ImportError:

@@ -17,7 +17,7 @@ def refresh_candles(settings: EngineSettings, symbols: Sequence[str], console) -
     Returns None, and downloads nothing, when ``settings.download_exchange`` is
     empty. A coin whose download fails keeps its stored file and still trains.
     When the refresh fails as a whole (unknown exchange, invalid API URL), the
-    console says why and training goes on with the stored candles.
+    console shows why and training goes on with the stored candles.
     """
     if not settings.download_exchange or not symbols:
         return None

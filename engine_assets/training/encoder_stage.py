@@ -1,6 +1,6 @@
 """Training of the shared encoder for one day, with checkpoints and resume.
 
-The encoder sees each coin's candles only up to the end of the run's
+The encoder reads each coin's candles only up to the end of the run's
 training window (the cutoff less the holdout, the validation window and two
 purge gaps), so nothing it learns comes from the windows the heads are
 selected and scored on.
@@ -26,7 +26,7 @@ from engine_assets.settings import EngineSettings
 from engine_assets.storage.base import ArtifactStore, IntegrityError
 from engine_assets.storage.manifest import publish_folder, read_json, verify_folder
 from engine_assets.training.config import TrainingConfig, choose_cutoff
-from engine_assets.training.embeddings import cache_path, data_fingerprint, embeddings_for, write_cached
+from engine_assets.training.embeddings import embeddings_for
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,6 @@ def train_shared_encoder(
     from engine_assets.encoder.model import (
         checkpoint_from_bytes,
         checkpoint_to_bytes,
-        embed,
         encoder_to_files,
         load_encoder,
     )
@@ -185,7 +184,7 @@ def train_shared_encoder(
     model, config = load_encoder({name: files[name] for name in ("encoder.pt", "encoder_config.json")})
     loaded = {folder: (model, config)}
     for symbol, grid in grids.items():
-        write_cached(cache_path(settings.cache_root, folder, symbol, data_fingerprint(grid)), embed(model, config, grid))
+        embeddings_for(store, settings.cache_root, folder, symbol, grid, loaded)
         champion = read_json(store, f"champions/{symbol}.json")
         if champion and champion.get("encoder_path") and champion["encoder_path"] != folder:
             try:
